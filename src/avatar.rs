@@ -305,14 +305,28 @@ impl Avatar {
         &self.standby
     }
 
-    /// The frame rectangle (x, y, w, h) the mouth can occupy, including idle motion.
+    /// The frame rectangle (x, y, w, h) the mouth can cover (any viseme, any idle offset).
     pub fn mouth_rect(&self) -> (u32, u32, u32, u32) {
         let idle = &self.manifest.idle;
-        let margin = ((idle.sway.abs() + idle.breath.abs()) * self.scale).ceil() as i32 + 1;
-        let (w, h) = self.mouths.iter().fold((0, 0), |(w, h), m| (w.max(m.width()), h.max(m.height())));
-        let x = (self.origin.0 as i32 + self.mouth_offset.0 - margin).max(0) as u32;
-        let y = (self.origin.1 as i32 + self.mouth_offset.1 - margin).max(0) as u32;
-        (x, y, (w + 2 * margin as u32).min(self.width - x), (h + 2 * margin as u32).min(self.height - y))
+        let margin = ((idle.sway.abs() * 1.3 + idle.breath.abs()) * self.scale).ceil() as i32 + 1;
+        let base = self.mouth_base();
+        let (mut x0, mut y0, mut x1, mut y1) = (i32::MAX, i32::MAX, i32::MIN, i32::MIN);
+        for sprite in &self.mouths {
+            let (sx, sy) = centred_in(sprite, base);
+            if let Some((a, b, c, d)) = opaque_bounds(sprite) {
+                (x0, y0, x1, y1) = (x0.min(sx + a), y0.min(sy + b), x1.max(sx + c), y1.max(sy + d));
+            }
+        }
+        let x = (self.origin.0 as i32 + self.mouth_offset.0 + x0 - margin).max(0) as u32;
+        let y = (self.origin.1 as i32 + self.mouth_offset.1 + y0 - margin).max(0) as u32;
+        let w = ((x1 - x0 + 2 * margin) as u32).min(self.width - x);
+        let h = ((y1 - y0 + 2 * margin) as u32).min(self.height - y);
+        (x, y, w, h)
+    }
+
+    /// Size of the box all mouth sprites are centred in.
+    fn mouth_base(&self) -> (u32, u32) {
+        self.mouths.iter().fold((0, 0), |(w, h), m| (w.max(m.width()), h.max(m.height())))
     }
 
     /// Idle motion offset (pixels) at time `t`.
@@ -347,16 +361,14 @@ impl Avatar {
         }
         let (mx, my) = (x + self.mouth_offset.0, y + self.mouth_offset.1);
         let MouthPose { from, to, mix } = pose.mouth;
-        let centred = |p: &Pixmap, base: (u32, u32)| {
-            (mx + (base.0 as i32 - p.width() as i32) / 2, my + (base.1 as i32 - p.height() as i32) / 2)
-        };
-        let base = self.mouths.iter().fold((0, 0), |(w, h), m| (w.max(m.width()), h.max(m.height())));
+        let base = self.mouth_base();
         for (viseme, opacity) in [(from, 1.0 - mix), (to, mix)] {
             if opacity <= 0.01 || (from == to && opacity < 1.0) {
                 continue;
             }
             let sprite = &self.mouths[viseme.index()];
-            let (sx, sy) = centred(sprite, base);
+            let (dx, dy) = centred_in(sprite, base);
+            let (sx, sy) = (mx + dx, my + dy);
             let paint = PixmapPaint { opacity, ..PixmapPaint::default() };
             self.canvas.draw_pixmap(sx, sy, sprite.as_ref(), &paint, id, None);
         }
@@ -366,6 +378,27 @@ impl Avatar {
     pub fn frame_len(&self) -> usize {
         i420_len(self.width, self.height)
     }
+}
+
+/// Top-left of `sprite` centred in a box of size `base`.
+fn centred_in(sprite: &Pixmap, base: (u32, u32)) -> (i32, i32) {
+    ((base.0 as i32 - sprite.width() as i32) / 2, (base.1 as i32 - sprite.height() as i32) / 2)
+}
+
+/// Bounds (x0, y0, x1, y1) of the pixels of `p` that are not fully transparent.
+fn opaque_bounds(p: &Pixmap) -> Option<(i32, i32, i32, i32)> {
+    let w = p.width() as usize;
+    let mut b: Option<(i32, i32, i32, i32)> = None;
+    for (i, px) in p.data().chunks_exact(4).enumerate() {
+        if px[3] > 0 {
+            let (x, y) = ((i % w) as i32, (i / w) as i32);
+            b = Some(match b {
+                None => (x, y, x + 1, y + 1),
+                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)),
+            });
+        }
+    }
+    b
 }
 
 pub fn i420_len(width: u32, height: u32) -> usize {
@@ -480,7 +513,7 @@ mod tests {
             let mut dark = 0;
             for row in y..y + h {
                 for col in x..x + w {
-                    dark += (frame[(row * 640 + col) as usize] < 80) as u32;
+                    dark += (frame[(row * 640 + col) as usize] < 60) as u32;
                 }
             }
             dark

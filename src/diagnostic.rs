@@ -106,7 +106,7 @@ mod tests {
         let c = src.text.find("c =").unwrap();
         assert_eq!(src.position(c), (3, 1));
         let after_cjk = src.text.find("\"\nc").unwrap();
-        assert_eq!(src.position(after_cjk), (2, 7));
+        assert_eq!(src.position(after_cjk), (2, 8));
     }
 
     #[test]

@@ -379,11 +379,15 @@ impl ClockLoop {
         let channels = self.format.channels as usize;
         let mut mono: Vec<i16> = Vec::new();
         let frame_period = Duration::from_nanos(clock.samples_to_ns(clock.frame_start(1)));
-        let started = Instant::now();
-        // Poses are computed one frame ahead of rendering: the soundtrack decides them, so audio
-        // for frames not yet pushed is kept here with its pose.
+        // Wall-clock origin of frame 0 (live only), set once the first frame exists so that the
+        // renderer's warm-up does not count as lateness.
+        let mut started: Option<Instant> = None;
+        // Frames are planned (audio + mouth pose) up to RENDER_LOOKAHEAD ahead of the one pushed,
+        // so the renderer works ahead; their audio waits here until their turn.
         let mut pending: std::collections::VecDeque<(u64, Vec<i16>)> = std::collections::VecDeque::new();
         let mut next_planned = 0u64;
+        // A frame that arrived ahead of its slot (its predecessors' requests were dropped).
+        let mut early: Option<RenderedFrame> = None;
         let mut n = 0u64;
         let span = tracing::info_span!("clock", fps = clock.fps, rate = clock.sample_rate);
         let _enter = span.enter();
@@ -409,9 +413,9 @@ impl ClockLoop {
             let (index, audio) = pending.pop_front().expect("frame n was planned");
             debug_assert_eq!(index, n);
             let (s0, s1) = (clock.frame_start(n), clock.frame_start(n + 1));
-            let due = started + Duration::from_nanos(clock.samples_to_ns(s0));
-            let deadline = match self.pacing {
-                Pacing::Realtime => {
+            let deadline = match (self.pacing, started) {
+                (Pacing::Realtime, Some(started)) => {
+                    let due = started + Duration::from_nanos(clock.samples_to_ns(s0));
                     let now = Instant::now();
                     if now < due {
                         std::thread::sleep(due - now);
@@ -421,12 +425,13 @@ impl ClockLoop {
                     }
                     due.max(Instant::now()) + frame_period / 2
                 }
-                Pacing::AsFastAsPossible => Instant::now() + Duration::from_secs(2),
+                (Pacing::Realtime, None) | (Pacing::AsFastAsPossible, _) => Instant::now() + Duration::from_secs(2),
             };
-            let picture = wait_for_frame(&frame_rx, n, deadline, &self.stats).unwrap_or_else(|| {
+            let picture = wait_for_frame(&frame_rx, n, deadline, &mut early, &self.stats).unwrap_or_else(|| {
                 self.stats.standby_frames.fetch_add(1, Ordering::Relaxed);
                 standby.clone()
             });
+            started.get_or_insert_with(Instant::now);
             let pts = clock.samples_to_ns(s0);
             let duration = clock.samples_to_ns(s1) - pts;
             // Audio first: muxers downstream wait for both streams, and audio is the master.
@@ -464,8 +469,25 @@ fn push(src: &gst_app::AppSrc, data: Vec<u8>, pts: u64, duration: u64) -> Result
     src.push_buffer(buffer).map(|_| ()).map_err(|e| MediaError::Encoder(format!("{} refused data: {e:?}", src.name())))
 }
 
-/// Waits for frame `n` until `deadline`, discarding frames that arrive after their slot.
-fn wait_for_frame(frames: &Receiver<RenderedFrame>, n: u64, deadline: Instant, stats: &MediaStats) -> Option<Vec<u8>> {
+/// Waits for frame `n` until `deadline`. Frames past their slot are discarded (and counted); a
+/// frame ahead of its slot means frame `n` will never come, so it is kept in `early` for its turn.
+fn wait_for_frame(
+    frames: &Receiver<RenderedFrame>,
+    n: u64,
+    deadline: Instant,
+    early: &mut Option<RenderedFrame>,
+    stats: &MediaStats,
+) -> Option<Vec<u8>> {
+    if let Some(f) = early.take() {
+        if f.index == n {
+            return Some(f.data);
+        }
+        if f.index > n {
+            *early = Some(f);
+            return None;
+        }
+        stats.stale_frames_discarded.fetch_add(1, Ordering::Relaxed);
+    }
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match frames.recv_timeout(left) {
@@ -473,8 +495,10 @@ fn wait_for_frame(frames: &Receiver<RenderedFrame>, n: u64, deadline: Instant, s
             Ok(f) if f.index < n => {
                 stats.stale_frames_discarded.fetch_add(1, Ordering::Relaxed);
             }
-            // A frame from the future means frame n's request was dropped: it will not come.
-            Ok(_) => return None,
+            Ok(f) => {
+                *early = Some(f);
+                return None;
+            }
             Err(_) => return None,
         }
     }

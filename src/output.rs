@@ -22,6 +22,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::ReconnectSettings;
 use crate::media::{BusEvent, MediaError, app_src, fill_template, forward_bus, parse_pipeline};
@@ -78,7 +79,7 @@ pub struct OutputStats {
     state: AtomicU8,
     /// Pipelines started (first start included).
     pub starts: AtomicU64,
-    /// Starts after a failure.
+    /// Times the output came back up (ran for a second without error) after a failure.
     pub reconnects: AtomicU64,
     pub failures: AtomicU64,
     pub dropped_samples: AtomicU64,
@@ -347,13 +348,22 @@ pub async fn supervise(
     stats: Arc<OutputStats>,
     cancel: CancellationToken,
 ) {
-    let shown = mask_url(&spec.location);
-    let span = tracing::info_span!("output", name = %spec.name, to = %shown);
-    let _enter = span.enter();
+    let span = tracing::info_span!("output", name = %spec.name, to = %mask_url(&spec.location));
+    supervise_inner(spec, fanout, settings, stats, cancel).instrument(span).await
+}
+
+async fn supervise_inner(
+    spec: OutputSpec,
+    fanout: Arc<Fanout>,
+    settings: ReconnectSettings,
+    stats: Arc<OutputStats>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Backoff::new(settings.clone());
-    let mut failed_before = false;
+    // When the output went down, if it is down: a reconnect is counted when it is back up.
+    let mut down_since: Option<Instant> = None;
     loop {
-        if fanout.has_ended() {
+        if fanout.has_ended() || cancel.is_cancelled() && down_since.is_some() {
             stats.set_state(OutputState::Finished);
             return;
         }
@@ -361,7 +371,7 @@ pub async fn supervise(
         let running = match start_output(&spec, &fanout, &stats) {
             Ok(r) => r,
             Err(e @ (MediaError::Parse { .. } | MediaError::UnknownPlaceholder { .. } | MediaError::MissingElement { .. }))
-                if !failed_before =>
+                if down_since.is_none() =>
             {
                 // A graph that does not build will not build next time either: permanent.
                 tracing::error!(error = %e, "output disabled: its graph is invalid");
@@ -371,7 +381,7 @@ pub async fn supervise(
             Err(e) => {
                 tracing::warn!(error = %e, "output failed to start");
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                failed_before = true;
+                down_since.get_or_insert_with(Instant::now);
                 if wait_backoff(&mut backoff, &stats, &cancel).await {
                     continue;
                 }
@@ -380,15 +390,8 @@ pub async fn supervise(
             }
         };
         stats.starts.fetch_add(1, Ordering::Relaxed);
-        if failed_before {
-            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(reconnects = stats.reconnects.load(Ordering::Relaxed), "output reconnected");
-        } else {
-            tracing::info!("output started");
-        }
-        stats.set_state(OutputState::Live);
         let started = Instant::now();
-        let (end, running) = watch(running, &fanout, &settings, &cancel).await;
+        let (end, running) = watch(running, &fanout, &settings, &cancel, &stats, &mut down_since).await;
         stop_output(running, &fanout);
         match end {
             RunEnd::Finished => {
@@ -403,7 +406,7 @@ pub async fn supervise(
             }
             RunEnd::Failed(why) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                failed_before = true;
+                down_since.get_or_insert_with(Instant::now);
                 if started.elapsed() >= Duration::from_millis(settings.stable_after_ms) {
                     backoff.reset();
                 }
@@ -431,13 +434,20 @@ async fn wait_backoff(backoff: &mut Backoff, stats: &OutputStats, cancel: &Cance
 /// How long an output may take to finalise after the show stops.
 const FINALISE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An output that has run this long without an error, accepting data, counts as up.
+const CONFIRM_UP: Duration = Duration::from_secs(1);
+
 async fn watch(
     mut running: RunningOutput,
     fanout: &Fanout,
     settings: &ReconnectSettings,
     cancel: &CancellationToken,
+    stats: &OutputStats,
+    down_since: &mut Option<Instant>,
 ) -> (RunEnd, RunningOutput) {
     let stall = settings.stall_timeout_ms;
+    let started = Instant::now();
+    let mut confirmed = false;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut finalise_by: Option<Instant> = None;
     loop {
@@ -464,6 +474,17 @@ async fn watch(
                 let idle = now_ms.saturating_sub(running.consumer.last_accepted_ms.load(Ordering::Relaxed));
                 if idle > stall {
                     return (RunEnd::Failed(format!("no data accepted for {idle} ms")), running);
+                }
+                if !confirmed && started.elapsed() >= CONFIRM_UP && idle < CONFIRM_UP.as_millis() as u64 {
+                    confirmed = true;
+                    stats.set_state(OutputState::Live);
+                    match down_since.take() {
+                        Some(since) => {
+                            let n = stats.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::info!(reconnects = n, down_ms = since.elapsed().as_millis() as u64, "output reconnected");
+                        }
+                        None => tracing::info!("output live"),
+                    }
                 }
             }
         }

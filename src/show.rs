@@ -40,6 +40,8 @@ pub enum ShowError {
     Voice(#[from] TtsError),
     #[error("{0}")]
     Media(#[from] MediaError),
+    #[error("{0}: unknown file type; name the file .mp4, .mkv or .flv")]
+    UnknownFileType(String),
     #[error("nothing to send the show to: add [[outputs]] or [recording] to the config, or --output/--record")]
     NoOutputs,
 }
@@ -119,11 +121,7 @@ pub fn prepare(room: Room, mode: &Mode) -> Result<Prepared, ShowError> {
         let graph = match graph {
             Some(g) => g,
             None => AssetPath::Embedded(
-                recording_pipeline_for(path)
-                    .ok_or_else(|| {
-                        MediaError::Parse { graph: path.into(), message: "use a .mp4, .mkv or .flv file name".into() }
-                    })?
-                    .into(),
+                recording_pipeline_for(path).ok_or_else(|| ShowError::UnknownFileType(path.into()))?.into(),
             ),
         };
         Ok(OutputSpec {
