@@ -77,8 +77,9 @@ impl AssetPath {
 
     pub fn read_to_string(&self) -> Result<String, AssetError> {
         match self {
-            AssetPath::Disk(p) => std::fs::read_to_string(p)
-                .map_err(|source| AssetError::Read { path: p.display().to_string(), source }),
+            AssetPath::Disk(p) => {
+                std::fs::read_to_string(p).map_err(|source| AssetError::Read { path: p.display().to_string(), source })
+            }
             AssetPath::Embedded(p) => EMBEDDED
                 .iter()
                 .find(|(k, _)| k == p)

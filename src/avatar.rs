@@ -191,10 +191,10 @@ impl BlinkSchedule {
         let into = t - self.next_start;
         if into < 0.0 {
             Eyes::Open
-        } else if into < BLINK_PHASES[0] || into >= BLINK_PHASES[0] + BLINK_PHASES[1] {
-            Eyes::Half
-        } else {
+        } else if (BLINK_PHASES[0]..BLINK_PHASES[0] + BLINK_PHASES[1]).contains(&into) {
             Eyes::Closed
+        } else {
+            Eyes::Half
         }
     }
 }
@@ -275,7 +275,8 @@ impl Avatar {
                 message: format!("mouth anchor ({ax}, {ay}) lies outside the canvas"),
             });
         }
-        let mouth_offset = ((ax * scale) as i32 - mouth_size.0 as i32 / 2, (ay * scale) as i32 - mouth_size.1 as i32 / 2);
+        let mouth_offset =
+            ((ax * scale) as i32 - mouth_size.0 as i32 / 2, (ay * scale) as i32 - mouth_size.1 as i32 / 2);
         let standby = to_i420(&full_frame(&manifest.layers.standby)?);
         Ok(Avatar {
             background: full_frame(&manifest.layers.background)?,
@@ -407,8 +408,11 @@ pub fn i420_len(width: u32, height: u32) -> usize {
 }
 
 fn new_pixmap(w: u32, h: u32) -> Pixmap {
-    Pixmap::from_vec(vec![0; (w.max(1) * h.max(1) * 4) as usize], IntSize::from_wh(w.max(1), h.max(1)).expect("non-zero"))
-        .expect("buffer sized for the pixmap")
+    Pixmap::from_vec(
+        vec![0; (w.max(1) * h.max(1) * 4) as usize],
+        IntSize::from_wh(w.max(1), h.max(1)).expect("non-zero"),
+    )
+    .expect("buffer sized for the pixmap")
 }
 
 /// Renders a full-frame picture scaled to cover `width`×`height`, centred, cropping the overflow.

@@ -72,7 +72,10 @@ pub async fn run(room: Room, seconds: f64, frames: u32) -> anyhow::Result<()> {
 
     // 3. The encoder alone, same graph and settings, test sources.
     let (enc_per_s, enc_wall) = tokio::task::spawn_blocking(move || encoder_alone(&room, seconds)).await??;
-    println!("encoder alone: {enc_per_s:.2} CPU s per stream second ({:.1}% of one core); {enc_wall:.1} s wall", enc_per_s * 100.0);
+    println!(
+        "encoder alone: {enc_per_s:.2} CPU s per stream second ({:.1}% of one core); {enc_wall:.1} s wall",
+        enc_per_s * 100.0
+    );
     println!("overhead: whole show / encoder alone = {:.2}x CPU", show_per_s / enc_per_s);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -92,7 +92,13 @@ pub fn spawn(
     Ok(rx)
 }
 
-fn run(player: &mut ScriptPlayer, voice: &EspeakVoice, tx: &SyncSender<Utterance>, cancel: &CancellationToken, stats: &DirectorStats) {
+fn run(
+    player: &mut ScriptPlayer,
+    voice: &EspeakVoice,
+    tx: &SyncSender<Utterance>,
+    cancel: &CancellationToken,
+    stats: &DirectorStats,
+) {
     let _span = tracing::info_span!("director").entered();
     let mut consecutive_failures = 0u32;
     while !cancel.is_cancelled() {

@@ -226,10 +226,9 @@ impl RawInputs {
     /// Configures the encoder's appsrcs: time format, bounded queues, blocking when full.
     pub fn configure(&self, format: &RawFormat) {
         let frame = crate::avatar::i420_len(format.width, format.height) as u64;
-        for (src, caps, max_bytes) in [
-            (&self.video, format.video_caps(), frame * 3),
-            (&self.audio, format.audio_caps(), 64 * 1024),
-        ] {
+        for (src, caps, max_bytes) in
+            [(&self.video, format.video_caps(), frame * 3), (&self.audio, format.audio_caps(), 64 * 1024)]
+        {
             src.set_caps(Some(&caps));
             src.set_format(gst::Format::Time);
             src.set_is_live(false);
@@ -316,7 +315,8 @@ impl Soundtrack {
             }
             match self.next_utterance(incoming, pacing, cancel) {
                 Some(utt) => {
-                    let track = VisemeTrack::from_phonemes(&utt.speech.phonemes, utt.speech.samples.len() as u64, self.rate);
+                    let track =
+                        VisemeTrack::from_phonemes(&utt.speech.phonemes, utt.speech.samples.len() as u64, self.rate);
                     stats.utterances.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(text = %utt.speech.text, at = pos, "utterance starts");
                     self.current = Some((utt, track, pos));
@@ -332,7 +332,12 @@ impl Soundtrack {
         pose
     }
 
-    fn next_utterance(&self, incoming: &Receiver<Utterance>, pacing: Pacing, cancel: &CancellationToken) -> Option<Utterance> {
+    fn next_utterance(
+        &self,
+        incoming: &Receiver<Utterance>,
+        pacing: Pacing,
+        cancel: &CancellationToken,
+    ) -> Option<Utterance> {
         match pacing {
             Pacing::Realtime => incoming.try_recv().ok(),
             // Offline, waiting for synthesis costs nothing but time; wait, but not forever.

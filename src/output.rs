@@ -139,7 +139,12 @@ pub struct Fanout {
 
 impl Default for Fanout {
     fn default() -> Self {
-        Self { consumers: Mutex::new(Vec::new()), ended: AtomicBool::new(false), epoch: Instant::now(), next_id: AtomicU64::new(0) }
+        Self {
+            consumers: Mutex::new(Vec::new()),
+            ended: AtomicBool::new(false),
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+        }
     }
 }
 
@@ -319,9 +324,10 @@ fn start_output(spec: &OutputSpec, fanout: &Fanout, stats: &Arc<OutputStats>) ->
         last_accepted_ms: AtomicU64::new(fanout.epoch.elapsed().as_millis() as u64),
         stats: stats.clone(),
     });
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| MediaError::Parse { graph: spec.graph_name.clone(), message: "the output graph would not start".into() })?;
+    pipeline.set_state(gst::State::Playing).map_err(|_| MediaError::Parse {
+        graph: spec.graph_name.clone(),
+        message: "the output graph would not start".into(),
+    })?;
     fanout.add(consumer.clone());
     Ok(RunningOutput { pipeline, consumer, bus_events })
 }
@@ -370,9 +376,11 @@ async fn supervise_inner(
         stats.set_state(OutputState::Starting);
         let running = match start_output(&spec, &fanout, &stats) {
             Ok(r) => r,
-            Err(e @ (MediaError::Parse { .. } | MediaError::UnknownPlaceholder { .. } | MediaError::MissingElement { .. }))
-                if down_since.is_none() =>
-            {
+            Err(
+                e @ (MediaError::Parse { .. }
+                | MediaError::UnknownPlaceholder { .. }
+                | MediaError::MissingElement { .. }),
+            ) if down_since.is_none() => {
                 // A graph that does not build will not build next time either: permanent.
                 tracing::error!(error = %e, "output disabled: its graph is invalid");
                 stats.set_state(OutputState::Failed);
@@ -505,7 +513,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_with_bounded_jitter() {
-        let settings = ReconnectSettings { initial_backoff_ms: 100, max_backoff_ms: 1000, jitter: 0.2, ..Default::default() };
+        let settings =
+            ReconnectSettings { initial_backoff_ms: 100, max_backoff_ms: 1000, jitter: 0.2, ..Default::default() };
         let mut b = Backoff::new(settings);
         let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
         for (d, base) in delays.iter().zip([100, 200, 400, 800, 1000, 1000, 1000, 1000]) {

@@ -147,7 +147,10 @@ impl ShowScript {
                         errors.push(src.error(
                             Some(line.span()),
                             format!("unknown field `{{{field}}}`"),
-                            Some(format!("lines can use {}", FIELDS.iter().map(|f| format!("{{{f}}}")).collect::<Vec<_>>().join(", "))),
+                            Some(format!(
+                                "lines can use {}",
+                                FIELDS.iter().map(|f| format!("{{{f}}}")).collect::<Vec<_>>().join(", ")
+                            )),
                         ));
                     } else if product.is_none() {
                         errors.push(src.error(

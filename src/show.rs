@@ -184,7 +184,12 @@ pub fn prepare(room: Room, mode: &Mode) -> Result<Prepared, ShowError> {
 pub type RendererHook = Box<dyn FnOnce(Box<dyn FrameRenderer>) -> Box<dyn FrameRenderer> + Send>;
 
 /// Runs a prepared show to its end. In live mode it ends when `shutdown` is cancelled.
-pub async fn run(prepared: Prepared, mode: Mode, shutdown: Shutdown, hook: Option<RendererHook>) -> Result<ShowReport, ShowError> {
+pub async fn run(
+    prepared: Prepared,
+    mode: Mode,
+    shutdown: Shutdown,
+    hook: Option<RendererHook>,
+) -> Result<ShowReport, ShowError> {
     let started = Instant::now();
     let Prepared { room, script, voice, avatar, format, encoder_graph, outputs } = prepared;
     let c = &room.config;
@@ -202,7 +207,10 @@ pub async fn run(prepared: Prepared, mode: Mode, shutdown: Shutdown, hook: Optio
     ];
     let (graph_name, graph_text) = &encoder_graph;
     let encoder = parse_pipeline(graph_name, &fill_template(graph_name, graph_text, &values)?)?;
-    let inputs = RawInputs { video: app_src(&encoder, graph_name, "video_in")?, audio: app_src(&encoder, graph_name, "audio_in")? };
+    let inputs = RawInputs {
+        video: app_src(&encoder, graph_name, "video_in")?,
+        audio: app_src(&encoder, graph_name, "audio_in")?,
+    };
     inputs.configure(&format);
     let fanout = Arc::new(Fanout::default());
     fanout.attach(&app_sink(&encoder, graph_name, "video_out")?, &app_sink(&encoder, graph_name, "audio_out")?);
@@ -221,7 +229,8 @@ pub async fn run(prepared: Prepared, mode: Mode, shutdown: Shutdown, hook: Optio
 
     let director_stats = Arc::new(DirectorStats::default());
     let player = ScriptPlayer::new(script, c.script.line_gap_ms, c.script.segment_gap_ms);
-    let utterances = crate::director::spawn(&shutdown, player, voice, director_stats.clone()).map_err(MediaError::Thread)?;
+    let utterances =
+        crate::director::spawn(&shutdown, player, voice, director_stats.clone()).map_err(MediaError::Thread)?;
 
     let media_stats = Arc::new(MediaStats::default());
     let (pacing, frame_limit) = match &mode {
@@ -233,7 +242,8 @@ pub async fn run(prepared: Prepared, mode: Mode, shutdown: Shutdown, hook: Optio
     if let Some(hook) = hook {
         renderer = hook(renderer);
     }
-    let clock_done = shutdown.spawn_thread("clock", move || clock.run(renderer, utterances)).map_err(MediaError::Thread)?;
+    let clock_done =
+        shutdown.spawn_thread("clock", move || clock.run(renderer, utterances)).map_err(MediaError::Thread)?;
 
     // Wait for the clock to finish; an encoder error ends the show early.
     let mut encoder_error = None;
@@ -251,13 +261,10 @@ pub async fn run(prepared: Prepared, mode: Mode, shutdown: Shutdown, hook: Optio
     // The clock sent EOS: let the encoder drain, then every output finalise.
     if encoder_error.is_none() {
         let drained = tokio::time::timeout(Duration::from_secs(15), async {
-            while let Some(ev) = encoder_events.recv().await {
-                match ev {
-                    BusEvent::Eos => return Ok(()),
-                    BusEvent::Error(e) => return Err(e),
-                }
+            match encoder_events.recv().await {
+                Some(BusEvent::Error(e)) => Err(e),
+                Some(BusEvent::Eos) | None => Ok(()),
             }
-            Ok(())
         })
         .await;
         match drained {

@@ -264,7 +264,21 @@ pub fn luma_frames(file: &str, rect: (u32, u32, u32, u32)) -> Vec<Vec<u8>> {
     let (x, y) = (rect.0 & !1, rect.1 & !1);
     let (w, h) = ((rect.0 + rect.2 - x + 1) & !1, (rect.1 + rect.3 - y + 1) & !1);
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i", file, "-fps_mode", "passthrough", "-vf", &format!("crop={w}:{h}:{x}:{y}"), "-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .args([
+            "-v",
+            "error",
+            "-i",
+            file,
+            "-fps_mode",
+            "passthrough",
+            "-vf",
+            &format!("crop={w}:{h}:{x}:{y}"),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ])
         .output()
         .expect("ffmpeg runs");
     assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
