@@ -117,8 +117,10 @@ fn encoder_alone(room: &Room, seconds: f64) -> anyhow::Result<(f64, f64)> {
     let pipeline = crate::media::parse_pipeline("encoder-alone", &graph)?;
     for name in ["video_out", "audio_out"] {
         let sink = crate::media::app_sink(&pipeline, "encoder-alone", name)?;
+        // Nobody pulls from these sinks: drop everything, and do not hold EOS for a reader.
         sink.set_drop(true);
         sink.set_max_buffers(1);
+        sink.set_wait_on_eos(false);
     }
     let bus = pipeline.bus().context("pipeline bus")?;
     let cpu0 = cpu_seconds(libc::RUSAGE_SELF);

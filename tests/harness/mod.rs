@@ -115,31 +115,12 @@ impl Ingest {
         );
         let dir = Scratch::new("nginx");
         let (rtmp_port, http_port) = (free_port(), free_port());
-        let d = dir.0.display();
-        let conf = format!(
-            "load_module {RTMP_MODULE};
-daemon off;
-master_process off;
-error_log {d}/error.log info;
-pid {d}/nginx.pid;
-events {{ worker_connections 64; }}
-rtmp {{
-  server {{
-    listen 127.0.0.1:{rtmp_port};
-    application live {{ live on; record off; idle_streams off; }}
-  }}
-}}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{ listen 127.0.0.1:{http_port}; location /stat {{ rtmp_stat all; }} }}
-}}
-"
-        );
+        let template = std::fs::read_to_string(repo().join("scripts/local-ingest.conf")).unwrap();
+        let conf = template
+            .replace("@DIR@", &dir.0.display().to_string())
+            .replace("@RTMP_PORT@", &rtmp_port.to_string())
+            .replace("@HTTP_PORT@", &http_port.to_string())
+            .replace("@RTMP_MODULE@", RTMP_MODULE);
         dir.write("nginx.conf", &conf);
         let mut ingest = Ingest { dir, rtmp_port, http_port, child: None };
         ingest.restart();
