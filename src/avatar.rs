@@ -297,10 +297,6 @@ impl Avatar {
         })
     }
 
-    pub fn size(&self) -> (u32, u32) {
-        (self.width, self.height)
-    }
-
     /// The standby picture, already in I420.
     pub fn standby_frame(&self) -> &[u8] {
         &self.standby

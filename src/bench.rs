@@ -88,17 +88,7 @@ fn encoder_alone(room: &Room, seconds: f64) -> anyhow::Result<(f64, f64)> {
     let frames = (seconds * fps as f64).round() as u64;
     let path = room.resolve(c.encoder.pipeline.as_ref(), "pipelines/encode-x264.pipeline");
     let text = path.read_to_string()?;
-    let values = [
-        ("width", w.to_string()),
-        ("height", h.to_string()),
-        ("fps", fps.to_string()),
-        ("bitrate_kbps", c.video.bitrate_kbps.get_ref().to_string()),
-        ("keyframe_frames", (fps * c.video.keyframe_interval_s.get_ref()).to_string()),
-        ("preset", c.encoder.preset.clone()),
-        ("audio_rate", rate.to_string()),
-        ("channels", c.audio.channels.get_ref().to_string()),
-        ("audio_bitrate", (*c.audio.bitrate_kbps.get_ref() as u64 * 1000).to_string()),
-    ];
+    let values = crate::show::encoder_placeholders(c);
     let graph = crate::media::fill_template(&path.display(), &text, &values)?
         .replace(
             "appsrc name=video_in",

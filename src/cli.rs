@@ -164,14 +164,16 @@ async fn cancel_on_signal(shutdown: Shutdown) {
 
 fn print_report(r: &ShowReport) {
     eprintln!(
-        "show: {} frames ({:.2} s) in {:.2} s wall = {:.2}x real time; {} utterances; standby frames {}; \
-         silent-frame underruns {}; lines failed {}; max lag {:.1} ms",
+        "show: {} frames ({:.2} s) in {:.2} s wall = {:.2}x real time; {} utterances; standby frames {} \
+         (late frames discarded {}, render requests dropped {}); silent-frame underruns {}; lines failed {}; max lag {:.1} ms",
         r.frames,
         r.media_seconds,
         r.wall_seconds,
         r.media_seconds / r.wall_seconds.max(1e-9),
         r.utterances,
         r.standby_frames,
+        r.late_frames_discarded,
+        r.render_requests_dropped,
         r.speech_underruns,
         r.lines_failed,
         r.max_lag_ms

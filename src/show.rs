@@ -14,7 +14,7 @@ use gstreamer::prelude::*;
 
 use crate::assets::{AssetError, AssetPath};
 use crate::avatar::{Avatar, AvatarError};
-use crate::config::{ConfigError, Room, recording_pipeline_for};
+use crate::config::{ConfigError, Room, RoomConfig, recording_pipeline_for};
 use crate::diagnostic::Diagnostics;
 use crate::director::{DirectorStats, ScriptPlayer};
 use crate::media::{
@@ -42,6 +42,8 @@ pub enum ShowError {
     Media(#[from] MediaError),
     #[error("{0}: unknown file type; name the file .mp4, .mkv or .flv")]
     UnknownFileType(String),
+    #[error("a render of {0} s holds no video frame")]
+    TooShort(f64),
     #[error("nothing to send the show to: add [[outputs]] or [recording] to the config, or --output/--record")]
     NoOutputs,
 }
@@ -61,6 +63,10 @@ pub struct ShowReport {
     pub media_seconds: f64,
     pub wall_seconds: f64,
     pub standby_frames: u64,
+    /// Rendered frames that came too late for their slot.
+    pub late_frames_discarded: u64,
+    /// Frames never rendered because the renderer's queue was full.
+    pub render_requests_dropped: u64,
     pub speech_underruns: u64,
     pub utterances: u64,
     pub lines_failed: u64,
@@ -145,6 +151,11 @@ pub fn prepare(room: Room, mode: &Mode) -> Result<Prepared, ShowError> {
             max_queue_bytes: 2 * video_bytes_per_s,
         })
     };
+    if let Mode::Render { seconds, .. } = mode
+        && format.clock.frames_in(*seconds) == 0
+    {
+        return Err(ShowError::TooShort(*seconds));
+    }
     let mut outputs = Vec::new();
     match mode {
         Mode::Render { out, .. } => outputs.push(file_output("render", out, None, Delivery::Block)?),
@@ -180,6 +191,22 @@ pub fn prepare(room: Room, mode: &Mode) -> Result<Prepared, ShowError> {
     Ok(Prepared { room, script, voice, avatar, format, encoder_graph, outputs })
 }
 
+/// The values of the encoder graph's placeholders, from the room config.
+pub fn encoder_placeholders(c: &RoomConfig) -> Vec<(&'static str, String)> {
+    let fps = *c.video.fps.get_ref();
+    vec![
+        ("width", c.video.width.get_ref().to_string()),
+        ("height", c.video.height.get_ref().to_string()),
+        ("fps", fps.to_string()),
+        ("bitrate_kbps", c.video.bitrate_kbps.get_ref().to_string()),
+        ("keyframe_frames", (fps * c.video.keyframe_interval_s.get_ref()).to_string()),
+        ("preset", c.encoder.preset.clone()),
+        ("audio_rate", c.audio.sample_rate.get_ref().to_string()),
+        ("channels", c.audio.channels.get_ref().to_string()),
+        ("audio_bitrate", (*c.audio.bitrate_kbps.get_ref() as u64 * 1000).to_string()),
+    ]
+}
+
 /// Extra behaviour for tests and benchmarks: wraps the renderer (e.g. to inject stalls).
 pub type RendererHook = Box<dyn FnOnce(Box<dyn FrameRenderer>) -> Box<dyn FrameRenderer> + Send>;
 
@@ -194,17 +221,7 @@ pub async fn run(
     let Prepared { room, script, voice, avatar, format, encoder_graph, outputs } = prepared;
     let c = &room.config;
     let fps = format.clock.fps;
-    let values = [
-        ("width", format.width.to_string()),
-        ("height", format.height.to_string()),
-        ("fps", fps.to_string()),
-        ("bitrate_kbps", c.video.bitrate_kbps.get_ref().to_string()),
-        ("keyframe_frames", (fps * c.video.keyframe_interval_s.get_ref()).to_string()),
-        ("preset", c.encoder.preset.clone()),
-        ("audio_rate", format.clock.sample_rate.to_string()),
-        ("channels", format.channels.to_string()),
-        ("audio_bitrate", (*c.audio.bitrate_kbps.get_ref() as u64 * 1000).to_string()),
-    ];
+    let values = encoder_placeholders(c);
     let (graph_name, graph_text) = &encoder_graph;
     let encoder = parse_pipeline(graph_name, &fill_template(graph_name, graph_text, &values)?)?;
     let inputs = RawInputs {
@@ -290,6 +307,8 @@ pub async fn run(
         media_seconds: frames as f64 / fps as f64,
         wall_seconds: started.elapsed().as_secs_f64(),
         standby_frames: get(&media_stats.standby_frames),
+        late_frames_discarded: get(&media_stats.stale_frames_discarded),
+        render_requests_dropped: get(&media_stats.render_requests_dropped),
         speech_underruns: get(&media_stats.speech_underruns),
         utterances: get(&media_stats.utterances),
         lines_failed: get(&director_stats.lines_failed),

@@ -5,7 +5,7 @@
 //! Invariant: a [`Speech`]'s phoneme positions index its own samples, at the pipeline's rate — the
 //! voice's native 22.05 kHz output is resampled here, and the positions are scaled with it.
 
-use std::ffi::{CStr, CString, c_int, c_short, c_void};
+use std::ffi::{CString, c_int, c_short, c_void};
 use std::sync::Mutex;
 
 use espeakng_sys as es;
@@ -162,13 +162,6 @@ impl EspeakVoice {
         phonemes.sort_by_key(|p| p.start_sample);
         Ok(Speech { text: text.to_string(), sample_rate: self.output_rate, samples, phonemes })
     }
-}
-
-/// Version of the espeak-ng library in use, for `--version` style reports.
-pub fn espeak_version() -> String {
-    let mut path: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: espeak_Info returns a static string and writes a static path pointer.
-    unsafe { CStr::from_ptr(es::espeak_Info(&mut path)).to_string_lossy().into_owned() }
 }
 
 /// Band-limited resampling of mono 16-bit audio, aligned so output sample 0 is input sample 0.
