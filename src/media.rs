@@ -313,7 +313,7 @@ impl Soundtrack {
                 pos = self.next_start.min(end);
                 continue;
             }
-            match self.next_utterance(incoming, pacing, cancel) {
+            match self.next_utterance(incoming, pacing, pos, cancel) {
                 Some(utt) => {
                     let track =
                         VisemeTrack::from_phonemes(&utt.speech.phonemes, utt.speech.samples.len() as u64, self.rate);
@@ -332,27 +332,29 @@ impl Soundtrack {
         pose
     }
 
+    /// The next utterance, waiting for it only where waiting costs nothing: offline, or live
+    /// before the first frame (the wall clock starts with the first frame).
     fn next_utterance(
         &self,
         incoming: &Receiver<Utterance>,
         pacing: Pacing,
+        at_sample: u64,
         cancel: &CancellationToken,
     ) -> Option<Utterance> {
-        match pacing {
-            Pacing::Realtime => incoming.try_recv().ok(),
-            // Offline, waiting for synthesis costs nothing but time; wait, but not forever.
-            Pacing::AsFastAsPossible => {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline && !cancel.is_cancelled() {
-                    match incoming.recv_timeout(Duration::from_millis(100)) {
-                        Ok(u) => return Some(u),
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => return None,
-                    }
-                }
-                None
+        let patience = match pacing {
+            Pacing::Realtime if at_sample > 0 => return incoming.try_recv().ok(),
+            Pacing::Realtime => Duration::from_secs(2),
+            Pacing::AsFastAsPossible => Duration::from_secs(10),
+        };
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline && !cancel.is_cancelled() {
+            match incoming.recv_timeout(Duration::from_millis(100)) {
+                Ok(u) => return Some(u),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
+        None
     }
 }
 
@@ -394,6 +396,7 @@ impl ClockLoop {
         // A frame that arrived ahead of its slot (its predecessors' requests were dropped).
         let mut early: Option<RenderedFrame> = None;
         let mut n = 0u64;
+        let wall_start = Instant::now();
         let span = tracing::info_span!("clock", fps = clock.fps, rate = clock.sample_rate);
         let _enter = span.enter();
         let result = loop {
@@ -455,12 +458,43 @@ impl ClockLoop {
             self.stats.audio_samples.fetch_add(s1 - s0, Ordering::Relaxed);
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
             n += 1;
+            self.report_progress(n, wall_start);
         };
         drop(req_tx);
         let _ = self.inputs.audio.end_of_stream();
         let _ = self.inputs.video.end_of_stream();
         let _ = render_thread.join();
         result
+    }
+}
+
+impl ClockLoop {
+    /// Logs progress every 10 s of media when rendering, every minute when live.
+    fn report_progress(&self, frames: u64, wall_start: Instant) {
+        let fps = self.format.clock.fps as u64;
+        let every = match self.pacing {
+            Pacing::AsFastAsPossible => 10 * fps,
+            Pacing::Realtime => 60 * fps,
+        };
+        if frames % every != 0 {
+            return;
+        }
+        let media_s = frames as f64 / fps as f64;
+        let get = MediaStats::get;
+        match self.frame_limit {
+            Some(limit) => tracing::info!(
+                "rendered {media_s:.0} s of {:.0} s ({:.1}x real time)",
+                limit as f64 / fps as f64,
+                media_s / wall_start.elapsed().as_secs_f64()
+            ),
+            None => tracing::info!(
+                on_air_s = media_s as u64,
+                standby_frames = get(&self.stats.standby_frames),
+                silent_underruns = get(&self.stats.speech_underruns),
+                max_lag_ms = get(&self.stats.max_lag_us) / 1000,
+                "on air"
+            ),
+        }
     }
 }
 
