@@ -476,7 +476,7 @@ impl ClockLoop {
             Pacing::AsFastAsPossible => 10 * fps,
             Pacing::Realtime => 60 * fps,
         };
-        if frames % every != 0 {
+        if !frames.is_multiple_of(every) {
             return;
         }
         let media_s = frames as f64 / fps as f64;
