@@ -130,6 +130,47 @@ fn unreachable_ingest_at_start_is_retried() {
     assert!(video.len() >= 100, "recorded {} frames in 5 s", video.len());
 }
 
+/// An ingest that accepts the connection and then never answers (a black hole) is detected
+/// (rtmp2sink's socket timeout or zhubo's stall timeout, whichever fires first) and rebuilt,
+/// while the show and the recording go on.
+#[test]
+fn stalled_ingest_is_detected_and_rebuilt() {
+    let _media = media_lock();
+    let dir = Scratch::new("stalled");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = accepted.clone();
+    // Accepts connections and holds them open without reading or writing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(conn);
+        }
+    });
+    let config = dir.write("room.toml", "[reconnect]\nstall_timeout_ms = 2000\n");
+    let record = dir.path("rec.mkv").display().to_string();
+    let url = format!("rtmp://127.0.0.1:{port}/live/key");
+    let mut child = zhubo()
+        .args(["live", "--config", config.to_str().unwrap(), "--output", &url, "--record", &record])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rebuilt = wait_until(Duration::from_secs(20), || accepted.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert!(child.try_wait().unwrap().is_none(), "the show stopped");
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(rebuilt.is_some(), "the stalled output was never rebuilt:\n{log}");
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("output failed; rebuilding it"), "{log}");
+    assert!(log.contains("timed out") || log.contains("no data accepted for"), "{log}");
+    let video = packet_times(&record, "v:0");
+    assert!(max_gap(&video) <= 1.5 / 30.0, "recording gap {}", max_gap(&video));
+}
+
 /// Lip-sync, measured on screen: render a known sentence, decode the video, and find the mouth
 /// closed at every bilabial (p, b, m) within one frame of its onset, and open in the middle of
 /// every open vowel. (Shifting the mouth track by 50 ms either way makes this test fail; by one
