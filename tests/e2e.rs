@@ -41,18 +41,19 @@ fn render_of_the_demo_is_a_well_formed_20s_file() {
     assert!(line.contains("standby frames 0"), "{line}");
 }
 
-/// `zhubo live` to a real ingest: seen by ffprobe; the ingest is killed and restarted; the same
-/// process is back on air within 5 s; the recording never stops.
+/// `zhubo live` to two real ingests: seen by ffprobe; one ingest is killed and restarted; the same
+/// process is back on air there within 5 s; the other ingest and the recording never stop.
 #[test]
 fn live_stream_survives_an_ingest_restart_and_the_recording_has_no_gap() {
     let _media = media_lock();
     let dir = Scratch::new("live");
     let mut ingest = Ingest::start();
+    let steady = Ingest::start();
     let key = "sk_live_4f9c2e";
     let record = dir.path("live.mkv").display().to_string();
     let log_path = dir.path("live.log");
     let mut child = zhubo()
-        .args(["live", "--output", &ingest.url(key), "--record", &record])
+        .args(["live", "--output", &ingest.url(key), "--output", &steady.url(key), "--record", &record])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -66,9 +67,12 @@ fn live_stream_survives_an_ingest_restart_and_the_recording_has_no_gap() {
     assert_eq!(stream(&s, "audio")["codec_name"], "aac");
     assert_eq!(stream(&s, "video")["width"].as_u64(), Some(1280));
 
+    assert!(wait_until(Duration::from_secs(5), || steady.publishing(key)).is_some());
+
     ingest.kill();
     std::thread::sleep(Duration::from_secs(3));
     assert!(!ingest.publishing(key));
+    assert!(steady.publishing(key), "the other ingest lost the stream");
     ingest.restart();
     let back = wait_until(Duration::from_secs(15), || ingest.publishing(key)).expect("stream came back");
     println!("stream back {:.2} s after the ingest returned", back.as_secs_f64());
@@ -87,6 +91,8 @@ fn live_stream_survives_an_ingest_restart_and_the_recording_has_no_gap() {
     assert!(!log.contains(key), "the stream key was logged:\n{log}");
     let report = log.lines().find(|l| l.starts_with("output output-1:")).expect("output report");
     assert!(report.contains("reconnects 1"), "{report}");
+    let other = log.lines().find(|l| l.starts_with("output output-2:")).expect("output report");
+    assert!(other.contains("starts 1, reconnects 0, failures 0, dropped samples 0"), "{other}");
 
     // The recording: finalised, continuous, as long as the show ran.
     let video = packet_times(&record, "v:0");
