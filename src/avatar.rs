@@ -208,7 +208,10 @@ pub struct Avatar {
     body: Pixmap,
     eyes_half: Pixmap,
     eyes_closed: Pixmap,
+    /// One sprite per viseme (in `Viseme::ALL` order), all the same size.
     mouths: Vec<Pixmap>,
+    /// Scratch buffer for crossfades.
+    mouth_mix: Pixmap,
     /// Top-left of the canvas in the frame, and canvas units → pixels.
     origin: (f32, f32),
     scale: f32,
@@ -256,18 +259,27 @@ impl Avatar {
         };
         let full_frame = |file: &str| -> Result<Pixmap, AvatarError> { Ok(cover(&svg(file)?, width, height)) };
 
-        let mut mouths = Vec::with_capacity(Viseme::ALL.len());
-        let mut mouth_size = (0u32, 0u32);
+        let mut sprites = Vec::with_capacity(Viseme::ALL.len());
         for v in Viseme::ALL {
             // Mouth sprites are drawn in canvas units, at the character's scale.
             let tree = svg(manifest.mouths.file(v))?;
             let s = tree.size();
-            let (w, h) = ((s.width() * scale).ceil() as u32, (s.height() * scale).ceil() as u32);
-            let mut p = new_pixmap(w, h);
+            let mut p = new_pixmap((s.width() * scale).ceil() as u32, (s.height() * scale).ceil() as u32);
             resvg::render(&tree, Transform::from_scale(scale, scale), &mut p.as_mut());
-            mouth_size = (mouth_size.0.max(w), mouth_size.1.max(h));
-            mouths.push(p);
+            sprites.push(p);
         }
+        // Every mouth is centred in one box, so a crossfade is a per-pixel mix of equal buffers.
+        let mouth_size = sprites.iter().fold((1, 1), |(w, h), m| (w.max(m.width()), h.max(m.height())));
+        let mouths: Vec<Pixmap> = sprites
+            .iter()
+            .map(|sprite| {
+                let mut boxed = new_pixmap(mouth_size.0, mouth_size.1);
+                let x = (mouth_size.0 - sprite.width()) as i32 / 2;
+                let y = (mouth_size.1 - sprite.height()) as i32 / 2;
+                boxed.draw_pixmap(x, y, sprite.as_ref(), &PixmapPaint::default(), Transform::identity(), None);
+                boxed
+            })
+            .collect();
         let [ax, ay] = manifest.anchors.mouth;
         if !(0.0..=manifest.canvas.width).contains(&ax) || !(0.0..=manifest.canvas.height).contains(&ay) {
             return Err(AvatarError::Svg {
@@ -283,6 +295,7 @@ impl Avatar {
             body: on_canvas(&manifest.layers.body)?,
             eyes_half: on_canvas(&manifest.layers.eyes_half)?,
             eyes_closed: on_canvas(&manifest.layers.eyes_closed)?,
+            mouth_mix: new_pixmap(mouth_size.0, mouth_size.1),
             mouths,
             origin,
             scale,
@@ -306,24 +319,15 @@ impl Avatar {
     pub fn mouth_rect(&self) -> (u32, u32, u32, u32) {
         let idle = &self.manifest.idle;
         let margin = ((idle.sway.abs() * 1.3 + idle.breath.abs()) * self.scale).ceil() as i32 + 1;
-        let base = self.mouth_base();
         let (mut x0, mut y0, mut x1, mut y1) = (i32::MAX, i32::MAX, i32::MIN, i32::MIN);
-        for sprite in &self.mouths {
-            let (sx, sy) = centred_in(sprite, base);
-            if let Some((a, b, c, d)) = opaque_bounds(sprite) {
-                (x0, y0, x1, y1) = (x0.min(sx + a), y0.min(sy + b), x1.max(sx + c), y1.max(sy + d));
-            }
+        for (a, b, c, d) in self.mouths.iter().filter_map(opaque_bounds) {
+            (x0, y0, x1, y1) = (x0.min(a), y0.min(b), x1.max(c), y1.max(d));
         }
         let x = (self.origin.0 as i32 + self.mouth_offset.0 + x0 - margin).max(0) as u32;
         let y = (self.origin.1 as i32 + self.mouth_offset.1 + y0 - margin).max(0) as u32;
         let w = ((x1 - x0 + 2 * margin) as u32).min(self.width - x);
         let h = ((y1 - y0 + 2 * margin) as u32).min(self.height - y);
         (x, y, w, h)
-    }
-
-    /// Size of the box all mouth sprites are centred in.
-    fn mouth_base(&self) -> (u32, u32) {
-        self.mouths.iter().fold((0, 0), |(w, h), m| (w.max(m.width()), h.max(m.height())))
     }
 
     /// Idle motion offset (pixels) at time `t`.
@@ -358,28 +362,27 @@ impl Avatar {
         }
         let (mx, my) = (x + self.mouth_offset.0, y + self.mouth_offset.1);
         let MouthPose { from, to, mix } = pose.mouth;
-        let base = self.mouth_base();
-        for (viseme, opacity) in [(from, 1.0 - mix), (to, mix)] {
-            if opacity <= 0.01 || (from == to && opacity < 1.0) {
-                continue;
+        let mouth = if from == to || mix >= 0.99 {
+            &self.mouths[to.index()]
+        } else if mix <= 0.01 {
+            &self.mouths[from.index()]
+        } else {
+            // A true crossfade: each pixel is the mix of both shapes, so where both are opaque
+            // nothing of the face shows through halfway.
+            let w = (mix * 256.0) as u16;
+            let (a, b) = (self.mouths[from.index()].data(), self.mouths[to.index()].data());
+            for ((out, a), b) in self.mouth_mix.data_mut().iter_mut().zip(a).zip(b) {
+                *out = ((*a as u16 * (256 - w) + *b as u16 * w) >> 8) as u8;
             }
-            let sprite = &self.mouths[viseme.index()];
-            let (dx, dy) = centred_in(sprite, base);
-            let (sx, sy) = (mx + dx, my + dy);
-            let paint = PixmapPaint { opacity, ..PixmapPaint::default() };
-            self.canvas.draw_pixmap(sx, sy, sprite.as_ref(), &paint, id, None);
-        }
+            &self.mouth_mix
+        };
+        self.canvas.draw_pixmap(mx, my, mouth.as_ref(), &plain, id, None);
         rgba_to_i420(&self.canvas, out);
     }
 
     pub fn frame_len(&self) -> usize {
         i420_len(self.width, self.height)
     }
-}
-
-/// Top-left of `sprite` centred in a box of size `base`.
-fn centred_in(sprite: &Pixmap, base: (u32, u32)) -> (i32, i32) {
-    ((base.0 as i32 - sprite.width() as i32) / 2, (base.1 as i32 - sprite.height() as i32) / 2)
 }
 
 /// Bounds (x0, y0, x1, y1) of the pixels of `p` that are not fully transparent.

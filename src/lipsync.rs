@@ -15,9 +15,10 @@
 //! | X | rest (silence) | pauses |
 //!
 //! Invariant: the track is sorted by start sample and never holds two neighbouring keys with the
-//! same viseme. A change of shape is a crossfade centred on the phoneme onset (at most
-//! [`BLEND_MS`] wide, and never wider than half of either neighbour), so the new shape is half
-//! reached at the onset and complete before the next video frame at 30 fps.
+//! same viseme. A change of shape is a crossfade (at most [`BLEND_MS`] wide, and never wider than
+//! half of either neighbour) that starts ahead of the phoneme onset, as lips do: the new shape is
+//! three quarters reached at the onset and complete a quarter of the blend after it, well within
+//! one video frame at 30 fps.
 
 use std::fmt;
 
@@ -168,17 +169,19 @@ impl VisemeTrack {
             let end = self.keys.get(j + 1).map_or(self.end_sample, |k| k.start_sample);
             end - self.keys[j].start_sample
         };
-        // A transition into key j spans [start_j - h, start_j + h].
+        // A transition into key j spans [start_j - 3h/2, start_j + h/2]: lips move ahead of the
+        // sound (a /b/ is silent while the lips close), so the shape is 3/4 reached at the onset.
         let transition = |j: usize| -> Option<MouthPose> {
             if j == 0 || j >= self.keys.len() {
                 return None;
             }
             let h = self.blend_half.min(duration(j - 1) / 2).min(duration(j) / 2);
             let onset = self.keys[j].start_sample;
-            if h == 0 || sample + h < onset || sample >= onset + h {
+            let (lead, lag) = (3 * h / 2, h / 2);
+            if h == 0 || sample + lead < onset || sample >= onset + lag {
                 return None;
             }
-            let mix = (sample + h - onset) as f32 / (2 * h) as f32;
+            let mix = (sample + lead - onset) as f32 / (lead + lag) as f32;
             Some(MouthPose { from: self.keys[j - 1].viseme, to: self.keys[j].viseme, mix })
         };
         transition(i).or_else(|| transition(i + 1)).unwrap_or(MouthPose::steady(self.keys[i].viseme))
@@ -207,17 +210,18 @@ mod tests {
     }
 
     #[test]
-    fn crossfade_is_centred_on_the_onset() {
-        // 1000 Hz so samples are milliseconds: blend half-width 25 ms.
+    fn crossfade_leads_the_onset() {
+        // 1000 Hz so samples are milliseconds: a 50 ms blend from 37 ms before to 13 ms after.
         let t = VisemeTrack::from_phonemes(&[mark("m", 100), mark("A:", 300)], 600, 1000);
         assert_eq!(t.pose_at(50), MouthPose::steady(Viseme::X));
         let at_onset = t.pose_at(300);
         assert_eq!((at_onset.from, at_onset.to), (Viseme::A, Viseme::D));
-        assert!((at_onset.mix - 0.5).abs() < 1e-6);
-        assert_eq!(t.pose_at(325), MouthPose::steady(Viseme::D));
-        let before = t.pose_at(280);
+        assert!((at_onset.mix - 0.755).abs() < 0.01, "{at_onset:?}");
+        assert_eq!(t.pose_at(313), MouthPose::steady(Viseme::D));
+        let before = t.pose_at(270);
         assert_eq!((before.from, before.to), (Viseme::A, Viseme::D));
         assert!(before.mix < 0.5);
+        assert_eq!(t.pose_at(262), MouthPose::steady(Viseme::A));
         assert_eq!(t.pose_at(200), MouthPose::steady(Viseme::A));
         assert_eq!(t.pose_at(600), MouthPose::REST);
     }
@@ -225,9 +229,9 @@ mod tests {
     #[test]
     fn blends_never_exceed_half_a_short_phoneme() {
         let t = VisemeTrack::from_phonemes(&[mark("p", 100), mark("a", 110), mark("t", 200)], 300, 1000);
-        // "p" lasts 10 ms: its blends are at most 5 ms each side, so "a" dominates from 110.
-        assert_eq!(t.pose_at(112).dominant(), Viseme::C);
-        assert_eq!(t.pose_at(109).dominant(), Viseme::A);
+        // "p" lasts 10 ms: each blend is at most 10 ms wide, so "a" dominates from ~107.
+        assert_eq!(t.pose_at(109).dominant(), Viseme::C);
+        assert_eq!(t.pose_at(104).dominant(), Viseme::A);
         assert_eq!(t.pose_at(104).dominant(), Viseme::A);
     }
 
