@@ -30,12 +30,13 @@ pub async fn run(room: Room, seconds: f64, frames: u32) -> anyhow::Result<()> {
     let (w, h, fps) = (*c.video.width.get_ref(), *c.video.height.get_ref(), *c.video.fps.get_ref());
     println!("zhubo bench: {w}x{h}@{fps}, x264 preset {}, {} kbit/s", c.encoder.preset, c.video.bitrate_kbps.get_ref());
 
+    let prepared = crate::show::prepare(room.clone(), &Mode::Render { seconds: 1.0, out: "bench.mkv".into() })?;
+    let (_, encoder_graph) = prepared.encoder_description()?;
+
     // 1. The renderer alone, on this thread.
     let render_ms = tokio::task::spawn_blocking({
-        let room = room.clone();
+        let mut avatar: Avatar = prepared.avatar;
         move || -> anyhow::Result<(f64, f64)> {
-            let prepared = crate::show::prepare(room, &Mode::Render { seconds: 1.0, out: "bench.mkv".into() })?;
-            let mut avatar: Avatar = prepared.avatar;
             let mut out = vec![0u8; avatar.frame_len()];
             let cpu0 = cpu_seconds(libc::RUSAGE_THREAD);
             let wall0 = Instant::now();
@@ -71,7 +72,8 @@ pub async fn run(room: Room, seconds: f64, frames: u32) -> anyhow::Result<()> {
     );
 
     // 3. The encoder alone, same graph and settings, test sources.
-    let (enc_per_s, enc_wall) = tokio::task::spawn_blocking(move || encoder_alone(&room, seconds)).await??;
+    let (enc_per_s, enc_wall) =
+        tokio::task::spawn_blocking(move || encoder_alone(&room, &encoder_graph, seconds)).await??;
     println!(
         "encoder alone: {enc_per_s:.2} CPU s per stream second ({:.1}% of one core); {enc_wall:.1} s wall",
         enc_per_s * 100.0
@@ -81,15 +83,13 @@ pub async fn run(room: Room, seconds: f64, frames: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn encoder_alone(room: &Room, seconds: f64) -> anyhow::Result<(f64, f64)> {
+/// Runs the filled encoder graph `graph` with test sources in place of its appsrcs.
+fn encoder_alone(room: &Room, graph: &str, seconds: f64) -> anyhow::Result<(f64, f64)> {
     let c = &room.config;
     let (w, h, fps) = (*c.video.width.get_ref(), *c.video.height.get_ref(), *c.video.fps.get_ref());
     let rate = *c.audio.sample_rate.get_ref();
     let frames = (seconds * fps as f64).round() as u64;
-    let path = room.resolve(c.encoder.pipeline.as_ref(), "pipelines/encode-x264.pipeline");
-    let text = path.read_to_string()?;
-    let values = crate::show::encoder_placeholders(c);
-    let graph = crate::media::fill_template(&path.display(), &text, &values)?
+    let graph = graph
         .replace(
             "appsrc name=video_in",
             &format!(

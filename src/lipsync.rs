@@ -232,7 +232,6 @@ mod tests {
         // "p" lasts 10 ms: each blend is at most 10 ms wide, so "a" dominates from ~107.
         assert_eq!(t.pose_at(109).dominant(), Viseme::C);
         assert_eq!(t.pose_at(104).dominant(), Viseme::A);
-        assert_eq!(t.pose_at(104).dominant(), Viseme::A);
     }
 
     #[test]

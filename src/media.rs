@@ -466,9 +466,7 @@ impl ClockLoop {
         let _ = render_thread.join();
         result
     }
-}
 
-impl ClockLoop {
     /// Logs progress every 10 s of media when rendering, every minute when live.
     fn report_progress(&self, frames: u64, wall_start: Instant) {
         let fps = self.format.clock.fps as u64;

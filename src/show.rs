@@ -192,7 +192,7 @@ pub fn prepare(room: Room, mode: &Mode) -> Result<Prepared, ShowError> {
 }
 
 /// The values of the encoder graph's placeholders, from the room config.
-pub fn encoder_placeholders(c: &RoomConfig) -> Vec<(&'static str, String)> {
+fn encoder_placeholders(c: &RoomConfig) -> Vec<(&'static str, String)> {
     let fps = *c.video.fps.get_ref();
     vec![
         ("width", c.video.width.get_ref().to_string()),
@@ -207,6 +207,14 @@ pub fn encoder_placeholders(c: &RoomConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+impl Prepared {
+    /// The encoder graph's display name and its text with the placeholders filled in.
+    pub fn encoder_description(&self) -> Result<(String, String), MediaError> {
+        let (name, text) = &self.encoder_graph;
+        Ok((name.clone(), fill_template(name, text, &encoder_placeholders(&self.room.config))?))
+    }
+}
+
 /// Extra behaviour for tests and benchmarks: wraps the renderer (e.g. to inject stalls).
 pub type RendererHook = Box<dyn FnOnce(Box<dyn FrameRenderer>) -> Box<dyn FrameRenderer> + Send>;
 
@@ -218,12 +226,12 @@ pub async fn run(
     hook: Option<RendererHook>,
 ) -> Result<ShowReport, ShowError> {
     let started = Instant::now();
-    let Prepared { room, script, voice, avatar, format, encoder_graph, outputs } = prepared;
+    let (graph_name, description) = prepared.encoder_description()?;
+    let graph_name = &graph_name;
+    let Prepared { room, script, voice, avatar, format, outputs, .. } = prepared;
     let c = &room.config;
     let fps = format.clock.fps;
-    let values = encoder_placeholders(c);
-    let (graph_name, graph_text) = &encoder_graph;
-    let encoder = parse_pipeline(graph_name, &fill_template(graph_name, graph_text, &values)?)?;
+    let encoder = parse_pipeline(graph_name, &description)?;
     let inputs = RawInputs {
         video: app_src(&encoder, graph_name, "video_in")?,
         audio: app_src(&encoder, graph_name, "audio_in")?,
